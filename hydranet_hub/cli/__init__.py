@@ -1,0 +1,1 @@
+"""Console entry points; each is a thin wrapper around a library function."""

@@ -1,0 +1,66 @@
+"""AdamW with decoupled weight decay and a linear-warmup, cosine-decay learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """Build AdamW; biases and normalisation parameters (1-D tensors) get no weight decay.
+
+    Args:
+        model: The model to optimise.
+        lr: Peak learning rate.
+        weight_decay: Decoupled weight decay of the weight matrices and kernels.
+
+    Returns:
+        The optimiser.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> float:
+    """Return the learning-rate multiplier for `step` (0-based).
+
+    The factor rises linearly from 1/(warmup_steps+1) to 1 over `warmup_steps`, then follows a
+    half cosine from 1 down to `min_factor` at `total_steps`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Build the warmup + cosine schedule, stepped once per optimisation step.
+
+    Args:
+        optimizer: Its groups' `lr` is the peak rate.
+        warmup_steps: Steps of linear warmup.
+        total_steps: Steps of the whole run.
+        min_factor: Final learning rate as a fraction of the peak.
+
+    Returns:
+        A LambdaLR scheduler whose state_dict round-trips through checkpoints.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lr_lambda=lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, min_factor),
+    )
