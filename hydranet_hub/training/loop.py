@@ -53,6 +53,7 @@ class PretrainResult:
         push: The Hub upload when `push_to_hub` was set, else None.
         wall_time_s: Training time in seconds, summed over resumed runs.
         world_size: Number of processes that trained.
+        model: The trained HydraNet (this rank's copy, on the training device).
     """
 
     output_dir: Path
@@ -64,6 +65,7 @@ class PretrainResult:
     push: Any | None = None
     wall_time_s: float = 0.0
     world_size: int = 1
+    model: HydraNet | None = None
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
@@ -157,7 +159,7 @@ class _Run:
         return PretrainResult(
             output_dir=self.output_dir, step=self.step, finished=finished, metrics=self.metrics,
             checkpoint_path=self.last_checkpoint if context.is_main else None, export=export, push=push,
-            wall_time_s=wall_time_s, world_size=context.world_size,
+            wall_time_s=wall_time_s, world_size=context.world_size, model=self.model,
         )
 
     def _build_model(self) -> None:
