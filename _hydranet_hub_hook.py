@@ -19,8 +19,18 @@ _DISABLE_VARIABLE = "HYDRANET_HUB_DISABLE_AUTOREGISTER"
 registering = False
 
 
+def _registration_in_progress(library):
+    # When `import hydranet_hub` itself imports timm or smp, the package is
+    # half-initialised and registers explicitly once its imports finish.
+    module = sys.modules.get("hydranet_hub._timm" if library == "timm" else "hydranet_hub._smp")
+    entry = "register_timm_models" if library == "timm" else "register_smp_encoders"
+    return module is not None and not hasattr(module, entry)
+
+
 def _register(library):
     global registering
+    if _registration_in_progress(library):
+        return
     registering = True
     try:
         if library == "timm":

@@ -129,6 +129,26 @@ def test_opt_out_variable(installed_env, tmp_path):
     assert enabled.stdout.split() == ["True", "True"], enabled.stderr
 
 
+@pytest.mark.parametrize("first_import", ["hydranet_hub", "timm", "segmentation_models_pytorch"])
+def test_import_order_warns_nothing(installed_env, tmp_path, first_import):
+    python, _ = installed_env
+
+    result = _run(
+        python,
+        f"""
+        import warnings
+        warnings.simplefilter('error')
+        import {first_import}
+        import segmentation_models_pytorch as smp, timm
+        print('hydranet' in smp.encoders.encoders, 'hydranet_resnet34' in timm.list_models('hydranet*'))
+        """,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+
+
 def test_startup_imports_no_torch(installed_env, tmp_path):
     python, _ = installed_env
 
