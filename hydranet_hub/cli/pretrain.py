@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--demo", action="store_true",
                       help="Train on the embedded demo dataset (real MRI templates in MSD layout) with settings "
-                      "sized for a CPU: 64x64 slices, 400 steps. Explicit options override them.")
+                      f"sized for a CPU: {DEMO_SETTINGS['slice_size'][0]}x{DEMO_SETTINGS['slice_size'][1]} slices, "
+                      f"{DEMO_SETTINGS['steps']} steps. Explicit options override them.")
     data.add_argument("--data-root", metavar="DIR",
                       help="Folder of MSD task folders (TaskXX_Name with dataset.json). Without --task every task "
                       "folder in it is used.")
