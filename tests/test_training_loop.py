@@ -132,6 +132,14 @@ def test_second_run_on_locked_folder_raises(tiny_msd, shared_cache, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_new_run_in_used_folder_raises(tiny_msd, shared_cache, tmp_path):
+    pretrain(_config(tiny_msd, shared_cache, tmp_path, steps=1))
+
+    with pytest.raises(ValueError, match="--resume"):
+        pretrain(_config(tiny_msd, shared_cache, tmp_path, steps=1))
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
 def test_unknown_task_weight_rejected(tiny_msd, shared_cache, tmp_path):
     with pytest.raises(ValueError, match="Task99_None"):
         pretrain(_config(tiny_msd, shared_cache, tmp_path, task_weights={"Task99_None": 1.0}))
@@ -144,3 +152,16 @@ def test_multimodal_task_needs_one_modality_for_export(tmp_path, shared_cache):
 
     with pytest.raises(ValueError, match="--modalities"):
         pretrain(config)
+
+
+def test_push_to_hub_uploads_export(tiny_msd, shared_cache, tmp_path, hub_server, hf_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    config = _config(tiny_msd, shared_cache, tmp_path, steps=2, export=True, encoder="hydranet",
+                     push_to_hub="lab/hydranet-test")
+
+    result = pretrain(config)
+
+    assert result.push.repo_id == "lab/hydranet-test"
+    assert result.push.commit_sha == hub_server.commit_sha("lab/hydranet-test")
+    uploaded = hub_server.file_bytes("lab/hydranet-test", "model.safetensors")
+    assert uploaded == result.export.weights_path.read_bytes()

@@ -11,7 +11,7 @@ from hydranet_hub.training.previews import PreviewSample, save_previews
 from hydranet_hub.training.run_log import RunLogger, read_metrics
 
 
-def test_metrics_csv_appends_and_drops_rows_after_resume_step(tmp_path):
+def test_metrics_csv_truncated_on_resume(tmp_path):
     logger = RunLogger(tmp_path, tensorboard=False)
     for step in (1, 2, 3, 4):
         logger.log(step, "train", {"loss": 1.0 / step})
@@ -38,7 +38,7 @@ def test_dice_accumulates_over_batches():
     assert math.isclose(scores[1], 1.0)
 
 
-def test_dice_absent_class_is_nan_and_skipped_in_mean():
+def test_dice_absent_class_skipped():
     accumulator = DiceAccumulator(num_classes=3)
     label = torch.tensor([[[1, 0]]])
     logits = torch.nn.functional.one_hot(label, 3).permute(0, 3, 1, 2).float()

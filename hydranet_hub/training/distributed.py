@@ -101,6 +101,7 @@ def init_distributed(device_request: str = "auto") -> DistContext:
     if world_size <= 1:
         return DistContext(rank=0, local_rank=0, world_size=1, device=device, backend=None)
 
+    # NOTE: the NCCL (GPU) path has not been run by the tests, which cover gloo on CPU only.
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"

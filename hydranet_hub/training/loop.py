@@ -83,25 +83,40 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     Raises:
         RunLockedError: When another live run holds the output folder.
         CheckpointError: When the checkpoint to resume from is missing or corrupted.
-        ValueError: For invalid data selections or settings found at run time.
+        ValueError: For invalid data selections or settings found at run time, or an output
+            folder that has checkpoints when `resume` is not set.
         FloatingPointError: When the loss becomes NaN or infinite.
     """
     context = init_distributed(config.device)
     lock = RunLock(config.output_dir)
     try:
-        lock_error = None
-        if context.is_main:
-            try:
-                lock.acquire()
-            except RunLockedError as error:
-                lock_error = str(error)
-        lock_error = broadcast_object(context, lock_error)
-        if lock_error is not None:
-            raise RunLockedError(lock_error)
+        # Rank 0 checks the folder and every rank raises the same error, so none waits forever.
+        claim_error = _claim_output_dir(config, lock) if context.is_main else None
+        claim_error = broadcast_object(context, claim_error)
+        if claim_error is not None:
+            error_type = RunLockedError if claim_error[0] == "locked" else ValueError
+            raise error_type(claim_error[1])
         return _Run(config, context).execute()
     finally:
         lock.release()
         cleanup_distributed(context)
+
+
+def _claim_output_dir(config: PretrainConfig, lock: RunLock) -> tuple[str, str] | None:
+    """Lock the run folder; return (kind, message) of the problem, or None when the run may start."""
+    try:
+        lock.acquire()
+    except RunLockedError as error:
+        return "locked", str(error)
+
+    existing = ckpt.list_checkpoints(config.output_dir)
+    if existing and not config.resume:
+        lock.release()
+        return "exists", (
+            f"Output folder {config.output_dir} already has checkpoints up to step {existing[-1][0]}. Pass "
+            "--resume to continue that run, or choose another --output-dir for a new one."
+        )
+    return None
 
 
 class _Run:
@@ -217,11 +232,19 @@ class _Run:
     def _train(self, batches: TaskBatches, end_step: int, run_logger: RunLogger | None,
                started: float, time_before: float) -> None:
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         config = self.config
         progress = tqdm(total=config.steps, initial=self.step, desc="pretrain", unit="step",
                         disable=not self.context.is_main, dynamic_ncols=True)
         self.trained_model.train()
+        # Log lines go through tqdm.write so they do not break the progress bar.
+        with logging_redirect_tqdm():
+            self._run_steps(batches, end_step, run_logger, started, time_before, progress)
+
+    def _run_steps(self, batches: TaskBatches, end_step: int, run_logger: RunLogger | None,
+                   started: float, time_before: float, progress: Any) -> None:
+        config = self.config
         try:
             while self.step < end_step:
                 scalars = self._train_step(next(batches))
@@ -291,7 +314,9 @@ class _Run:
 
         def keep_preview(task: str, image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor) -> None:
             if self.context.is_main:
-                samples[task] = preview_sample(image[0], label[0], logits[0])
+                # The slice with the most foreground shows more than an empty edge slice would.
+                index = int((label > 0).flatten(1).sum(dim=1).argmax())
+                samples[task] = preview_sample(image[index], label[index], logits[index])
 
         self.model.eval()
         self.metrics = validate(

@@ -142,6 +142,7 @@ def open_task_data(config: PretrainConfig, context: DistContext) -> dict[str, Ta
             num_workers=config.num_workers,
         )
     barrier(context)
+    # NOTE: across nodes, cache_dir must be on a file system that every node reads.
     if not context.is_main:
         cache = data.SliceCache.open(cache_dir)
 
