@@ -165,3 +165,13 @@ def test_push_to_hub_uploads_export(tiny_msd, shared_cache, tmp_path, hub_server
     assert result.push.commit_sha == hub_server.commit_sha("lab/hydranet-test")
     uploaded = hub_server.file_bytes("lab/hydranet-test", "model.safetensors")
     assert uploaded == result.export.weights_path.read_bytes()
+
+
+def test_bf16_channels_last_run_on_cpu(tiny_msd, shared_cache, tmp_path):
+    result = pretrain(_config(tiny_msd, shared_cache, tmp_path, steps=2, amp="bf16", channels_last=True))
+
+    losses = _train_losses(tmp_path)
+    assert result.finished
+    assert len(losses) == 2
+    assert all(loss == loss and loss < 1e3 for loss in losses)
+    assert result.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
