@@ -8,7 +8,7 @@ no hook for other weight sources, so this module:
 
 * gives ``hydranet`` a ``pretrained_settings`` mapping that accepts every weights
   specification (release tag, ``"imagenet"``, local path, ``hf-hub:`` id) and
-  answers with a private placeholder repo id;
+  returns a private placeholder repo id for it;
 * wraps that module's ``hf_hub_download`` so placeholder ids are served by
   :mod:`hydranet_hub.hub` (download, sha256 check) and every other call goes to
   huggingface_hub unchanged.

@@ -60,11 +60,6 @@ def sha256_of_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def is_weights_spec(spec: object) -> bool:
-    """Return whether ``spec`` has the form of a weights specification (without touching disk or network)."""
-    return isinstance(spec, (str, os.PathLike))
-
-
 def resolve_weights(spec: Union[str, os.PathLike]) -> ResolvedWeights:
     """Find, download if needed, and verify the weights that ``spec`` names.
 
