@@ -7,6 +7,7 @@ the checkout, and run the one-liners in fresh interpreters.
 
 import hashlib
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -23,7 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build_wheel(out_dir: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out_dir), str(ROOT)]
+    # Build from a copy: setuptools reuses ./build, where files deleted from the
+    # checkout would linger and end up in the wheel.
+    source = out_dir.parent / "source"
+    shutil.copytree(
+        ROOT, source,
+        ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*-output"),
+    )
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out_dir), str(source)]
     # Building without isolation reuses the installed setuptools and needs no registry.
     result = subprocess.run(command + ["--no-build-isolation"], capture_output=True, text=True)
     if result.returncode != 0:
