@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, lr_multipliers: Mapping[str, float] | None = None
+) -> torch.optim.AdamW:
     """Build AdamW; biases and normalisation parameters (1-D tensors) get no weight decay.
 
     Args:
-        model: The model to optimise.
+        model: The model to optimise; parameters with requires_grad=False are left out.
         lr: Peak learning rate.
         weight_decay: Decoupled weight decay of the weight matrices and kernels.
+        lr_multipliers: Parameter-name prefix -> factor on `lr` for the parameters under it,
+            e.g. {"encoder.": 0.1}; the longest matching prefix wins. Parameters that match no
+            prefix train at `lr`.
 
     Returns:
-        The optimiser.
+        The optimiser. Its groups are (decay, no decay) for the parameters at `lr` first, then
+        one such pair per other factor, each with its own `lr`.
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
+    multipliers = dict(lr_multipliers or {})
+    by_factor: dict[float, tuple[list[nn.Parameter], list[nn.Parameter]]] = {1.0: ([], [])}
+    for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
+        prefixes = [prefix for prefix in multipliers if name.startswith(prefix)]
+        factor = float(multipliers[max(prefixes, key=len)]) if prefixes else 1.0
+        decay, no_decay = by_factor.setdefault(factor, ([], []))
         (no_decay if parameter.ndim <= 1 else decay).append(parameter)
 
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = []
+    for factor, (decay, no_decay) in by_factor.items():
+        if factor != 1.0 and not decay and not no_decay:
+            continue
+        groups.append({"params": decay, "weight_decay": weight_decay, "lr": lr * factor})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * factor})
     return torch.optim.AdamW(groups, lr=lr)
 
 

@@ -12,7 +12,7 @@ from hydranet_hub._version import __version__
 from hydranet_hub.training.config import PretrainConfig
 
 if TYPE_CHECKING:
-    from hydranet_hub.training.loop import _Run
+    from hydranet_hub.training.loop import PretrainRun
 
 _logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _dataset_json(task_config: Any) -> dict[str, Any]:
         return {}
 
 
-def task_summaries(run: "_Run") -> list[Any]:
+def task_summaries(run: "PretrainRun") -> list[Any]:
     """Describe every task for the export: modality, class names, training cases, source, licence."""
     from hydranet_hub import export
 
@@ -85,7 +85,7 @@ def _demo_root() -> Any:
     return demo_data_dir()
 
 
-def export_metrics(run: "_Run") -> dict[str, dict[str, float]]:
+def export_metrics(run: "PretrainRun") -> dict[str, dict[str, float]]:
     """Convert validation metrics to the export's {task: {class name: Dice, "mean": Dice}} form.
 
     Classes absent from a task's validation split (NaN Dice) are left out, and so are tasks
@@ -100,7 +100,7 @@ def export_metrics(run: "_Run") -> dict[str, dict[str, float]]:
     return converted
 
 
-def training_record(run: "_Run", wall_time_s: float) -> dict[str, Any]:
+def training_record(run: "PretrainRun", wall_time_s: float) -> dict[str, Any]:
     """Collect the training settings written into config.json and the model card."""
     config = run.config
     return {
@@ -127,7 +127,7 @@ def training_record(run: "_Run", wall_time_s: float) -> dict[str, Any]:
     }
 
 
-def export_run(run: "_Run", wall_time_s: float) -> Any:
+def export_run(run: "PretrainRun", wall_time_s: float) -> Any:
     """Export the encoder of a finished run to `<output_dir>/export` (replacing an earlier export).
 
     Returns:

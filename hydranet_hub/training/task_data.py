@@ -113,12 +113,16 @@ def resolve_task_configs(config: PretrainConfig) -> list[Any]:
     return task_configs
 
 
-def open_task_data(config: PretrainConfig, context: DistContext) -> dict[str, TaskData]:
+def open_task_data(
+    config: PretrainConfig, context: DistContext, split_seed: int | None = None
+) -> dict[str, TaskData]:
     """Resolve tasks, build (rank 0) or open (other ranks) the slice cache, and build datasets.
 
     Args:
         config: Run settings (tasks, slice size, 2.5D context, validation fraction, seed).
         context: Process context; rank 0 builds the cache while the others wait.
+        split_seed: Seed of the train/validation case split; None uses `config.seed`. A fixed
+            split seed keeps the validation cases the same when `config.seed` changes.
 
     Returns:
         Task name -> TaskData, in the order tasks were selected.
@@ -138,7 +142,7 @@ def open_task_data(config: PretrainConfig, context: DistContext) -> dict[str, Ta
             slice_size=config.slice_size,
             context_slices=config.context_slices,
             val_fraction=config.val_fraction,
-            seed=config.seed,
+            seed=config.seed if split_seed is None else split_seed,
             num_workers=config.num_workers,
         )
     barrier(context)
