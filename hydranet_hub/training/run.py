@@ -130,6 +130,8 @@ class TrainingRun:
 
     # Label of the progress bar.
     progress_label = "train"
+    # Validate once before the first step of a new run; the scores go to `initial_metrics`.
+    validate_at_start = False
     # Settings compared between a checkpoint and the resuming run; a difference is logged.
     resume_checked_settings: tuple[str, ...] = (
         "steps", "batch_size_per_task", "lr", "weight_decay", "warmup_steps", "seed",
@@ -143,6 +145,7 @@ class TrainingRun:
         self.amp = resolve_amp(config.amp, context.device)
         self.autocast = autocast_factory(self.amp, context.device)
         self.metrics: dict[str, dict[str, float]] = {}
+        self.initial_metrics: dict[str, dict[str, float]] | None = None
         self.last_checkpoint: Path | None = None
         self.step = 0
 
@@ -206,6 +209,9 @@ class TrainingRun:
             self._write_run_config()
             run_logger = RunLogger(self.output_dir, resume_step=self.step)
         try:
+            if self.validate_at_start and self.step == 0:
+                self._validate(run_logger)
+                self.initial_metrics = self.metrics
             self._train(batches, end_step, run_logger, started, time_before)
             if self.step == config.steps and (not self.metrics or config.val_every == 0
                                               or self.step % config.val_every):
