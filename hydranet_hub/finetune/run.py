@@ -187,7 +187,16 @@ class FinetuneRun(TrainingRun):
 
     def open_data(self) -> dict[str, TaskData]:
         # A split seed apart from the run seed keeps the held-out cases fixed across seeds.
-        tasks = open_task_data(self.config, self.context, split_seed=self.settings.split_seed)
+        try:
+            tasks = open_task_data(self.config, self.context, split_seed=self.settings.split_seed)
+        except ValueError as error:
+            # The data layer names the budget max_cases; the caller set train_cases.
+            if self.settings.train_cases is None or "max_cases" not in str(error):
+                raise
+            raise ValueError(
+                f"train_cases={self.settings.train_cases} is invalid: {error} Lower train_cases, or lower "
+                "val_fraction to leave more cases for training."
+            ) from error
         (name, task), = tasks.items()
         self.task_name = name
         self.train_cases = tuple(task.train.cases)
