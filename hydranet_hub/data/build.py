@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fs import os_error_naming
 from ._optional import require
 from .cache import SliceCache
 from .config import TaskConfig
@@ -106,7 +107,14 @@ def build_slice_cache(
     """
     _check_arguments(tasks, slice_size, context_slices, val_fraction, num_workers, skip_empty_fraction, image_dtype)
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise os_error_naming(
+            error,
+            f"Could not create the slice cache folder {cache_dir} ({error}). Choose a cache folder "
+            "on a writable disk, under folders that exist or can be created.",
+        ) from error
     slice_size = (int(slice_size[0]), int(slice_size[1]))
     settings = {"format_version": FORMAT_VERSION, "slice_size": list(slice_size), "image_dtype": image_dtype}
 
@@ -315,9 +323,17 @@ def _run_jobs(jobs: list[_CaseJob], manifest: dict[str, Any], cache_dir: Path, n
             if time.monotonic() - last_flush >= _MANIFEST_FLUSH_INTERVAL_S:
                 write_json_atomic(manifest_path, manifest)
                 last_flush = time.monotonic()
-    finally:
+    except BaseException:
         progress.close()
-        write_json_atomic(manifest_path, manifest)
+        # Record the cases finished so far, but let the original error through: after a disk
+        # filled up, this write fails too, and its error would hide the cause.
+        try:
+            write_json_atomic(manifest_path, manifest)
+        except OSError as error:
+            _logger.warning("Could not record the finished cases in %s: %s", manifest_path, error)
+        raise
+    progress.close()
+    write_json_atomic(manifest_path, manifest)
 
 
 def _iterate_results(jobs: list[_CaseJob], num_workers: int):

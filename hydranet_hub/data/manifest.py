@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fs import os_error_naming
 from .errors import CacheError
 
 try:
@@ -49,24 +50,52 @@ def case_file_names(task: str, case_id: str) -> tuple[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, flush it to disk, then rename it over `path`."""
+    """Write JSON to a temporary file, flush it to disk, then rename it over `path`.
+
+    Raises:
+        OSError: If the file cannot be written (disk full, folder not writable). The message
+            names `path`, the temporary file is removed and `path` keeps its previous content.
+    """
     temporary = path.with_name(f"{path.name}{TEMPORARY_MARKER}{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1, sort_keys=True)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    with _removed_on_failure(temporary, path):
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=1, sort_keys=True)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    """Save a .npy file under a temporary name, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a .npy file under a temporary name, flush it to disk, then rename it into place.
+
+    Raises:
+        OSError: As `write_json_atomic`.
+    """
     temporary = path.with_name(f"{path.name}{TEMPORARY_MARKER}{os.getpid()}")
-    with open(temporary, "wb") as stream:
-        np.save(stream, array, allow_pickle=False)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    with _removed_on_failure(temporary, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as stream:
+            np.save(stream, array, allow_pickle=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(temporary: Path, path: Path) -> Iterator[None]:
+    # numpy reports a short write as "N requested and M written" without a path, so the
+    # message is rebuilt around the file the cache could not write.
+    try:
+        yield
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise os_error_naming(
+            error,
+            f"Could not write the slice cache file {path} ({error}). The disk may be full or the "
+            "folder not writable: free space or choose another cache folder, then build again. "
+            "Cases finished before this one stay cached.",
+        ) from error
 
 
 def read_manifest(cache_dir: Path) -> dict[str, Any]:
