@@ -137,6 +137,7 @@ def build_slice_cache(
 
         _logger.info("Slice cache %s: %d case(s) to process", cache_dir, len(jobs))
         _run_jobs(jobs, manifest, cache_dir, num_workers)
+        _warn_background_only(manifest, [config.name for config in tasks])
     return SliceCache.open(cache_dir)
 
 
@@ -334,6 +335,19 @@ def _run_jobs(jobs: list[_CaseJob], manifest: dict[str, Any], cache_dir: Path, n
         raise
     progress.close()
     write_json_atomic(manifest_path, manifest)
+
+
+def _warn_background_only(manifest: dict[str, Any], task_names: list[str]) -> None:
+    # A single case with only background is normal (a healthy scan); a whole task without any
+    # foreground voxel usually means the labels were not copied or were overwritten.
+    for name in task_names:
+        cases = manifest["tasks"][name]["cases"]
+        if cases and not any(entry["foreground_slices"] for entry in cases.values()):
+            _logger.warning(
+                "Task %s: none of its %d cached case(s) has a label value other than 0 (background). "
+                "Training teaches its decoder nothing but background; check the files in labelsTr/.",
+                name, len(cases),
+            )
 
 
 def _iterate_results(jobs: list[_CaseJob], num_workers: int):
