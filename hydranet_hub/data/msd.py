@@ -6,9 +6,11 @@ of the 4th image axis) and the label values. The archives also leave AppleDouble
 to the real ones; those are never treated as cases.
 """
 
+import errno
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -264,10 +266,30 @@ def _resolve_inside(root: Path, listed: Any, json_path: Path) -> Path:
 
 
 def _check_listed_file(path: Path, listed: str, json_path: Path) -> None:
-    if not path.is_file():
-        raise DatasetError(
-            f"{json_path} lists {listed!r} but {path} does not exist; restore the file or remove its entry."
-        )
+    problem = _not_a_file_reason(path)
+    if problem is not None:
+        raise DatasetError(f"{json_path} lists {listed!r} but {path} {problem}")
+
+
+def _not_a_file_reason(path: Path) -> str | None:
+    """Say why `path` cannot be read as a file (with the fix), or return None when it can."""
+    # Path.is_file() returns False for a link loop as for a missing file; stat() tells them apart.
+    try:
+        status = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return (
+                "cannot be opened: its path runs into a symbolic link loop. Point the link (or a "
+                "linked folder above it) at the real NIfTI file."
+            )
+        if path.is_symlink():
+            return "is a symbolic link to a missing target; restore the target or replace the link with the file."
+        return "does not exist; restore the file or remove its entry."
+    if stat.S_ISDIR(status.st_mode):
+        return "is a folder, not a NIfTI file; list the file inside it instead."
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a regular file; list a .nii or .nii.gz file."
+    return None
 
 
 def _case_id(path: Path) -> str:
@@ -330,10 +352,16 @@ def _parse_test(root: Path, raw: Any, json_path: Path) -> tuple[Path, ...]:
 def _list_nifti(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(
-        path for path in folder.iterdir()
-        if path.is_file() and not _is_hidden(path) and path.name.endswith(_NIFTI_SUFFIXES)
-    )
+    found = []
+    for path in folder.iterdir():
+        if _is_hidden(path) or not path.name.endswith(_NIFTI_SUFFIXES):
+            continue
+        if path.is_symlink() and not path.exists():
+            # A broken link or link loop would otherwise drop its case without a trace.
+            raise DatasetError(f"{path} {_not_a_file_reason(path)}")
+        if path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 def _discover_training(root: Path) -> tuple[MSDCase, ...]:
