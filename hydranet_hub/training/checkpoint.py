@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from hydranet_hub._fs import left_by_dead_process, os_error_naming
+
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_MAGIC = b"HYDRANET-CHECKPOINT-1\n"
@@ -74,11 +76,10 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> s
         The SHA-256 hex digest of the payload.
 
     Raises:
-        OSError: When the file cannot be written; the destination is then left untouched.
+        OSError: When the file cannot be written (disk full, folder not writable). The message
+            names the file; the destination and older checkpoints are left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     payload = buffer.getvalue()
@@ -86,6 +87,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> s
 
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             handle.write(CHECKPOINT_MAGIC)
             handle.write(digest.encode("ascii") + b"\n")
@@ -93,13 +95,30 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> s
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        raise os_error_naming(
+            error,
+            f"Could not write checkpoint {path} ({error}). The disk may be full or the folder not "
+            "writable: free space (or pass another --output-dir), then continue with --resume from "
+            "the previous checkpoint, which is kept.",
+        ) from error
     finally:
         if temporary.exists():
             temporary.unlink()
     _fsync_directory(path.parent)
+    _remove_dead_temporaries(path.parent)
 
     _logger.info("Saved checkpoint %s (sha256 %s)", path, digest)
     return digest
+
+
+def _remove_dead_temporaries(folder: Path) -> None:
+    # A run killed while writing a checkpoint leaves ".step_*.pt.tmp-<pid>" behind, as large as a
+    # checkpoint. It is never loaded; deleting it once a later checkpoint is safe frees the space.
+    for leftover in folder.glob(".step_*.pt.tmp-*"):
+        if left_by_dead_process(leftover.name):
+            leftover.unlink(missing_ok=True)
+            _logger.info("Removed %s, left by a run that was killed while writing it", leftover)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

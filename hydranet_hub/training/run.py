@@ -83,6 +83,7 @@ def run_exclusive(config: PretrainConfig, make_run: Callable[[DistContext], "Tra
 
     Raises:
         RunLockedError: When another live run holds the output folder.
+        OSError: When the output folder cannot be created.
         ValueError: When the output folder has checkpoints and `resume` is not set.
     """
     context = init_distributed(config.device)
@@ -92,7 +93,7 @@ def run_exclusive(config: PretrainConfig, make_run: Callable[[DistContext], "Tra
         claim_error = _claim_output_dir(config, lock) if context.is_main else None
         claim_error = broadcast_object(context, claim_error)
         if claim_error is not None:
-            error_type = RunLockedError if claim_error[0] == "locked" else ValueError
+            error_type = {"locked": RunLockedError, "unwritable": OSError}.get(claim_error[0], ValueError)
             raise error_type(claim_error[1])
         return make_run(context).execute()
     finally:
@@ -106,6 +107,8 @@ def _claim_output_dir(config: PretrainConfig, lock: RunLock) -> tuple[str, str] 
         lock.acquire()
     except RunLockedError as error:
         return "locked", str(error)
+    except OSError as error:
+        return "unwritable", str(error)
 
     existing = ckpt.list_checkpoints(config.output_dir)
     if existing and not config.resume:

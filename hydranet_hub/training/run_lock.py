@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+from hydranet_hub._fs import os_error_naming, process_alive
+
 _logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
@@ -15,16 +17,6 @@ LOCK_NAME = "run.lock"
 
 class RunLockedError(RuntimeError):
     """Another live process holds the output folder's lock."""
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists but belongs to another user
-    return True
 
 
 class RunLock:
@@ -48,8 +40,16 @@ class RunLock:
 
         Raises:
             RunLockedError: When a live process (or one on another host) holds it.
+            OSError: When the folder cannot be created; the message names it.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise os_error_naming(
+                error,
+                f"Could not create the output folder {self.folder} ({error}). Choose an --output-dir "
+                "on a writable disk, under folders that exist or can be created.",
+            ) from error
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
 
         for _ in range(2):
@@ -74,7 +74,7 @@ class RunLock:
                 "run uses this folder, delete the lock file; otherwise choose another --output-dir."
             ) from None
 
-        if host == socket.gethostname() and not _process_alive(pid):
+        if host == socket.gethostname() and not process_alive(pid):
             _logger.warning("Removing stale lock %s of process %d, which no longer runs", self.path, pid)
             self.path.unlink(missing_ok=True)
             return
