@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from hydranet_hub._fs import left_by_dead_process, os_error_naming
 from hydranet_hub.export.errors import ExportError, ExportExistsError
 
 _logger = logging.getLogger(__name__)
@@ -31,6 +32,14 @@ def check_destination(out_dir: Path, *, overwrite: bool) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"out_dir {out_dir} exists and is not a folder; choose a folder path.")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(
+                    f"out_dir {out_dir} cannot be created because {parent} is a file, not a folder; "
+                    "choose an out_dir under a folder."
+                )
+            break
     if not overwrite and _entries(out_dir):
         raise ExportExistsError(
             f"out_dir {out_dir} already contains files; choose a new or empty folder, "
@@ -57,20 +66,52 @@ def staged_folder(out_dir: Path, *, overwrite: bool, managed_names: Collection[s
 
     Raises:
         ExportError, ExportExistsError: As ``check_destination``, checked again before publishing.
+        OSError: A file or folder could not be written (disk full, folder not writable); the
+            message names ``out_dir``, which is left as it was.
     """
     check_destination(out_dir, overwrite=overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     # os.mkdir (not tempfile.mkdtemp) so the folder gets the usual umask permissions, not 0700,
-    # because on success this very folder becomes out_dir.
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
-    os.mkdir(staging)
+    # because on success this very folder becomes out_dir. The process id in the name lets a
+    # later export recognise the folder as a leftover once this process is gone.
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_leftovers(out_dir)
+        os.mkdir(staging)
+    except OSError as error:
+        raise _write_error(error, out_dir) from error
     try:
         yield staging
         _publish(staging, out_dir, overwrite=overwrite, managed_names=set(managed_names))
+    except ExportExistsError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _write_error(error, out_dir) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_error(error: OSError, out_dir: Path) -> OSError:
+    return os_error_naming(
+        error,
+        f"Could not write the export to {out_dir} ({error}); {out_dir} was left as it was. The disk may "
+        "be full or the folder not writable: free space or choose another folder, then export again.",
+    )
+
+
+def _remove_dead_leftovers(out_dir: Path) -> None:
+    # An export killed before its final rename leaves ".<name>.tmp-<pid>-<id>" (staging) or, when
+    # killed between the two renames of a swap, ".<name>.old-<pid>-<id>" (the previous export).
+    # Neither is ever read as an export; they are deleted once their process is gone.
+    for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):
+        for leftover in out_dir.parent.glob(pattern):
+            if leftover.is_dir() and left_by_dead_process(leftover.name):
+                shutil.rmtree(leftover, ignore_errors=True)
+                _logger.info("Removed %s, left by an export that was interrupted", leftover)
 
 
 def _publish(staging: Path, out_dir: Path, *, overwrite: bool, managed_names: set[str]) -> None:
@@ -108,7 +149,7 @@ def _publish(staging: Path, out_dir: Path, *, overwrite: bool, managed_names: se
 
 
 def _swap_folders(staging: Path, out_dir: Path) -> None:
-    backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
+    backup = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     os.rename(out_dir, backup)
     try:
         os.rename(staging, out_dir)

@@ -85,6 +85,8 @@ def export_encoder(
         ExportError: An input is invalid (subclass ConfigError for config fields), the state
             dict does not match the architecture, or ``out_dir`` is not a folder.
         ExportExistsError: ``out_dir`` has files and ``overwrite`` is False.
+        OSError: A file could not be written (disk full, folder not writable); ``out_dir`` is
+            left as it was.
 
     Example:
         >>> export_encoder(model.encoder_state_dict(), "runs/exp1/export", slice_size=(256, 256),

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hydranet_hub._fs import os_error_naming
 from hydranet_hub._version import __version__
 from hydranet_hub.training.config import PretrainConfig
 
@@ -132,6 +133,9 @@ def export_run(run: "PretrainRun", wall_time_s: float) -> Any:
 
     Returns:
         hydranet_hub.export.ExportResult.
+
+    Raises:
+        OSError: The export could not be written; the message says how to export again.
     """
     from hydranet_hub import export
 
@@ -139,21 +143,31 @@ def export_run(run: "PretrainRun", wall_time_s: float) -> Any:
     window_hu: Mapping[str, Any] = {
         name: list(task.config.window_hu) for name, task in run.tasks.items() if task.config.window_hu is not None
     }
-    result = export.export_encoder(
-        run.model.encoder_state_dict(),
-        config.export_path,
-        architecture=_EXPORT_ARCHITECTURES[config.encoder],
-        smp_encoder_name="hydranet",
-        in_channels=run.in_channels,
-        context_slices=config.context_slices,
-        slice_size=config.slice_size,
-        tasks=task_summaries(run),
-        metrics=export_metrics(run),
-        training=training_record(run, wall_time_s),
-        normalization={"window_hu": window_hu},
-        overwrite=True,
-        repo_id=config.push_to_hub,
-    )
+    try:
+        result = export.export_encoder(
+            run.model.encoder_state_dict(),
+            config.export_path,
+            architecture=_EXPORT_ARCHITECTURES[config.encoder],
+            smp_encoder_name="hydranet",
+            in_channels=run.in_channels,
+            context_slices=config.context_slices,
+            slice_size=config.slice_size,
+            tasks=task_summaries(run),
+            metrics=export_metrics(run),
+            training=training_record(run, wall_time_s),
+            normalization={"window_hu": window_hu},
+            overwrite=True,
+            repo_id=config.push_to_hub,
+        )
+    except export.ExportError:
+        raise
+    except OSError as error:
+        # The last checkpoint was written before the export, so nothing needs training again.
+        raise os_error_naming(
+            error,
+            f"{error} The final checkpoint is saved: run hydranet-pretrain again with the same "
+            "--output-dir and --resume to export without training.",
+        ) from error
     _logger.info("Exported encoder to %s", result.dir)
     return result
 
