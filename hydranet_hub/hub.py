@@ -11,6 +11,7 @@ Only safetensors files are read: nothing downloaded is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -199,12 +200,14 @@ def _hub_download(source: HubSource, filename: str, *, required: bool) -> Option
             f"Revision {source.revision!r} was not found in {where}. Check the commit or branch name."
         ) from error
     except LocalEntryNotFoundError as error:
-        # Raised when the Hub cannot be reached (or HF_HUB_OFFLINE=1) and the file is not cached.
+        # Raised when the Hub cannot be reached, refuses the request, or HF_HUB_OFFLINE=1, and the
+        # file is not cached. The HTTP status, if any, sits in the chained errors.
         if not required:
             return None
+        _raise_if_access_denied(error, filename, where)
         raise WeightsDownloadError(
-            f"Could not download {filename} from {where}, and it is not in the local cache "
-            f"({constants.HF_HUB_CACHE}). Connect once to fill the cache and then work offline with "
+            f"Could not download {filename} from {where} ({_failure_summary(error)}), and it is not in the "
+            f"local cache ({constants.HF_HUB_CACHE}). Connect once to fill the cache and then work offline with "
             "HF_HUB_OFFLINE=1, set HF_ENDPOINT to a reachable mirror, or pass a local path as encoder_weights."
         ) from error
     except EntryNotFoundError as error:
@@ -214,9 +217,65 @@ def _hub_download(source: HubSource, filename: str, *, required: bool) -> Option
             f"{filename} was not found in {where}. The repository must hold an export of hydranet-pretrain."
         ) from error
     except (HfHubHTTPError, OSError) as error:
+        _raise_if_access_denied(error, filename, where)
         raise WeightsDownloadError(
             f"Download of {filename} from {where} failed: {error}. Retry later, set HF_ENDPOINT to a mirror, "
             "or use HF_HUB_OFFLINE=1 if the file is already cached."
+        ) from error
+    except _transport_errors() as error:
+        # huggingface_hub 1.x and 2.x let time-outs and broken connections of the download itself
+        # through as httpx errors, which are not OSError.
+        raise WeightsDownloadError(
+            f"Download of {filename} from {where} failed: {_failure_summary(error)}. The Hub did not answer "
+            "in time or the connection broke. Retry, raise HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT "
+            "(seconds), set HF_ENDPOINT to a mirror, or use HF_HUB_OFFLINE=1 if the file is already cached."
+        ) from error
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        errors.append(module.TransportError)
+    return tuple(errors)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _http_status(error: BaseException) -> Optional[int]:
+    for link in _chain(error):
+        status = getattr(getattr(link, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def _failure_summary(error: BaseException) -> str:
+    """Name the root cause of a failed request in a few words: an HTTP status or the transport error."""
+    status = _http_status(error)
+    if status is not None:
+        return f"the server answered HTTP {status}"
+    root = _chain(error)[-1]
+    return f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
+
+
+def _raise_if_access_denied(error: BaseException, filename: str, where: str) -> None:
+    status = _http_status(error)
+    if status in (401, 403):
+        raise WeightsDownloadError(
+            f"The Hub refused access to {filename} in {where} (HTTP {status}). If the repository is private "
+            "or gated, log in with `hf auth login` or set HF_TOKEN to a token that can read it; otherwise "
+            "check the repo id and HF_ENDPOINT."
         ) from error
 
 
