@@ -21,6 +21,9 @@ _logger = logging.getLogger(__name__)
 # Translations are in mm, so 1e-3 mm is far below any voxel size yet above float32 rounding.
 AFFINE_ATOL_MM = 1e-3
 
+# Largest ratio of uncompressed to compressed size that deflate (gzip) can reach.
+_MAX_DEFLATE_RATIO = 1032
+
 _REPAIR_HINT = "Re-extract the file from the MSD archive or re-export it as NIfTI-1 (.nii.gz)."
 
 
@@ -39,7 +42,8 @@ def open_nifti(path: Path) -> Any:
         A `nibabel.Nifti1Image` (or `Nifti2Image`) whose voxel data is not loaded yet.
 
     Raises:
-        DatasetError: If the file is missing, empty, not gzip or NIfTI, or its header is truncated.
+        DatasetError: If the file is missing, empty, not gzip or NIfTI, its header is truncated,
+            or the header declares more voxel data than the file can hold.
     """
     nib = nibabel_module()
     path = Path(path)
@@ -58,7 +62,26 @@ def open_nifti(path: Path) -> Any:
         raise DatasetError(
             f"{path} is a {type(image).__name__}, expected a NIfTI image. {_REPAIR_HINT}"
         )
+    _check_declared_size(image, path)
     return image
+
+
+def _check_declared_size(image: Any, path: Path) -> None:
+    # nibabel allocates the whole array the header declares before reading, so a damaged header
+    # (dims of 4000^3 in a 1 kB file) would ask for hundreds of GB. Deflate cannot compress by
+    # more than 1032:1 (zlib's documented limit), which bounds what a .nii.gz can hold.
+    header = image.header
+    voxel_count = int(np.prod([int(size) for size in header.get_data_shape()], dtype=object))
+    declared_bytes = int(header.get_data_offset()) + voxel_count * header.get_data_dtype().itemsize
+    file_bytes = path.stat().st_size
+    compressed = path.name.endswith(".gz")
+    capacity = file_bytes * _MAX_DEFLATE_RATIO if compressed else file_bytes
+    if declared_bytes > capacity:
+        raise DatasetError(
+            f"NIfTI file {path} declares shape {header.get_data_shape()} of {header.get_data_dtype()} "
+            f"({declared_bytes} bytes), more than its {file_bytes} bytes{' of gzip data' if compressed else ''} "
+            f"can hold: the file is truncated or its header is damaged. {_REPAIR_HINT}"
+        )
 
 
 def canonical_grid(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, int, int]]:
