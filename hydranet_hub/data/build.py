@@ -344,7 +344,7 @@ def _warn_background_only(manifest: dict[str, Any], task_names: list[str]) -> No
         cases = manifest["tasks"][name]["cases"]
         if cases and not any(entry["foreground_slices"] for entry in cases.values()):
             _logger.warning(
-                "Task %s: none of its %d cached case(s) has a label value other than 0 (background). "
+                "%s: none of its %d cached case(s) has a label value other than 0 (background). "
                 "Training teaches its decoder nothing but background; check the files in labelsTr/.",
                 name, len(cases),
             )

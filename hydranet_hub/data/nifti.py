@@ -72,7 +72,9 @@ def _check_declared_size(image: Any, path: Path) -> None:
     # more than 1032:1 (zlib's documented limit), which bounds what a .nii.gz can hold.
     header = image.header
     voxel_count = int(np.prod([int(size) for size in header.get_data_shape()], dtype=object))
-    declared_bytes = int(header.get_data_offset()) + voxel_count * header.get_data_dtype().itemsize
+    # The header of a loaded image is a copy whose vox_offset nibabel resets; the proxy keeps the file's.
+    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+    declared_bytes = offset + voxel_count * header.get_data_dtype().itemsize
     file_bytes = path.stat().st_size
     compressed = path.name.endswith(".gz")
     capacity = file_bytes * _MAX_DEFLATE_RATIO if compressed else file_bytes
