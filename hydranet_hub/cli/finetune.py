@@ -39,11 +39,13 @@ def _default(name: str) -> str:
     return f"(default: {value})"
 
 
-def _weights_spec(text: str) -> str | None:
+def parse_weights_spec(text: str) -> str | None:
+    """Return an --encoder-weights value, with none, null and random meaning None."""
     return None if text.strip().lower() in NONE_WORDS else text
 
 
-def _budget_cases(text: str) -> int | None:
+def parse_budget_cases(text: str) -> int | None:
+    """Return a case count, with 'all' meaning None (every case)."""
     if text.strip().lower() == "all":
         return None
     try:
@@ -94,7 +96,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] 
     add("data", "--split-seed", type=int, metavar="N",
         help=f"Seed of the train/validation case split, kept apart from --seed so that every seed is scored "
         f"on the same held-out cases. {_default('split_seed')}")
-    add("data", "--train-cases", type=_budget_cases, metavar="N",
+    add("data", "--train-cases", type=parse_budget_cases, metavar="N",
         help="Labelled-data budget: train on N cases (volumes) of the train split, or 'all'. Budgets are "
         "nested: for one --seed, the cases of a smaller budget are among those of a larger one. (default: all)")
     add("data", "--slice-fraction", type=float, metavar="F",
@@ -109,7 +111,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] 
         help=f"smp architecture: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, PSPNet, PAN, MAnet, UPerNet, "
         f"Segformer, ... (any case). {_default('arch')}")
     add("model", "--encoder", metavar="NAME", help=f"smp encoder name. {_default('encoder')}")
-    add("model", "--encoder-weights", type=_weights_spec, metavar="SPEC",
+    add("model", "--encoder-weights", type=parse_weights_spec, metavar="SPEC",
         help="Initial encoder weights: a HydraNet release tag, 'imagenet' (for hydranet: the default HydraNet "
         "release), a .safetensors file or its folder (e.g. the export folder of hydranet-pretrain), "
         f"hf-hub:org/repo@revision, or none for random initialisation. {_default('encoder_weights')}")
