@@ -222,3 +222,8 @@ def test_other_architectures_train(heart_task, shared_cache, tmp_path, arch):
     assert type(result.model).__name__ == arch
     assert 0.0 <= result.dice_mean <= 1.0
     assert type(smp.from_pretrained(str(result.model_dir))).__name__ == arch
+
+
+def test_given_model_classes_checked(heart_task, shared_cache, tmp_path):
+    with pytest.raises(ValueError, match="build it with classes=2"):
+        finetune(_config(heart_task, shared_cache, tmp_path, steps=1), model=_small_unet(classes=4))

@@ -110,7 +110,7 @@ def check_model_fits(model: nn.Module, in_channels: int, num_classes: int) -> No
     if recorded.get("classes") not in (None, num_classes):
         raise ValueError(
             f"The model was built with classes={recorded['classes']} but the task has {num_classes} classes "
-            "(background included); build it with classes={num_classes}."
+            f"(background included); build it with classes={num_classes}."
         )
 
 
