@@ -2,10 +2,12 @@
 
 A full disk is simulated per process: the child lowers its file-size limit (RLIMIT_FSIZE) and
 ignores SIGXFSZ, so a write past the limit fails with EFBIG ("File too large") the way a full
-disk fails with ENOSPC. Tests may run as root, and chmod does not stop root from writing. So an
+disk fails with ENOSPC. Where this user may mount file systems, a small tmpfs also gives a real
+ENOSPC. Tests may run as root, and chmod does not stop root from writing. So an
 unwritable folder is a path under a regular file, and the chmod variant runs only for other users.
 """
 
+import errno
 import os
 import subprocess
 import sys
@@ -255,3 +257,55 @@ def _export(state: dict[str, torch.Tensor], out_dir, **overrides):
     )
     arguments.update(overrides)
     return export_encoder(state, Path(out_dir), **arguments)
+
+
+# --- a real full disk (tmpfs) ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 kB tmpfs mounted under tmp_path; skips where mounting is not permitted."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({mounted.stderr.strip()}); the RLIMIT_FSIZE tests cover these writes")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_cache_build_no_space(tmp_path, small_disk):
+    task_root = make_msd_task(tmp_path / "data", "heart", n_cases=4, shape=(32, 32, 6))
+    cache_dir = small_disk / "cache"
+
+    with pytest.raises(OSError) as caught:
+        build_slice_cache([msd_task_config(task_root)], cache_dir, slice_size=SLICE_SIZE)
+
+    assert caught.value.errno == errno.ENOSPC
+    assert "Could not write the slice cache file" in str(caught.value)
+    assert _temporaries(cache_dir) == []
+    with pytest.raises(CacheError):
+        SliceCache.open(cache_dir)
+
+    subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+    cache = build_slice_cache([msd_task_config(task_root)], cache_dir, slice_size=SLICE_SIZE)
+
+    assert cache.cases("Task02_Heart") == ("la_000", "la_001", "la_002", "la_003")
+
+
+def test_checkpoint_write_no_space(small_disk):
+    from hydranet_hub.training.checkpoint import save_checkpoint
+
+    path = small_disk / "checkpoints" / "step_00000002.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.ones(16)})
+
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(path, {"step": 2, "weights": torch.ones(100_000)})
+
+    assert caught.value.errno == errno.ENOSPC
+    assert f"Could not write checkpoint {path}" in str(caught.value)
+    assert sorted(entry.name for entry in path.parent.iterdir()) == [path.name]
+    assert load_checkpoint(path)["step"] == 1
