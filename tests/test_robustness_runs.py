@@ -28,23 +28,26 @@ from msd_fixtures import make_msd_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Installed in the child before anything else runs. HOOK_MATCH selects the temporary file by a
-# part of its path. On that file's HOOK_COUNT-th fsync the child kills itself ("kill"), or it
-# creates HOOK_READY and waits until HOOK_GO exists ("pause"). Without HOOK_MATCH the child runs
-# unchanged.
+# Installed in the child before anything else runs. HOOK_MATCH selects a file by a part of its
+# path. On that file's HOOK_COUNT-th fsync the child kills itself ("kill"), or it creates
+# HOOK_READY and waits until HOOK_GO exists ("pause"). With HOOK_CALL=rename the child kills
+# itself instead just before renaming a matching path. Without HOOK_MATCH it runs unchanged.
 _HOOK = """
 import os, signal, sys, time
-_fsync = os.fsync
+_fsync, _rename = os.fsync, os.rename
 _seen = 0
 
-def _hooked_fsync(descriptor):
+def _reached(path):
     global _seen
-    _fsync(descriptor)
     match = os.environ.get("HOOK_MATCH")
-    if not match or match not in os.readlink(f"/proc/self/fd/{descriptor}"):
-        return
+    if not match or match not in str(path):
+        return False
     _seen += 1
-    if _seen != int(os.environ.get("HOOK_COUNT", "1")):
+    return _seen == int(os.environ.get("HOOK_COUNT", "1"))
+
+def _hooked_fsync(descriptor):
+    _fsync(descriptor)
+    if os.environ.get("HOOK_CALL", "fsync") != "fsync" or not _reached(os.readlink(f"/proc/self/fd/{descriptor}")):
         return
     if os.environ["HOOK_ACTION"] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -53,7 +56,12 @@ def _hooked_fsync(descriptor):
     while not os.path.exists(os.environ["HOOK_GO"]) and time.monotonic() < deadline:
         time.sleep(0.05)
 
-os.fsync = _hooked_fsync
+def _hooked_rename(source, target, **kwargs):
+    if os.environ.get("HOOK_CALL") == "rename" and _reached(source):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _rename(source, target, **kwargs)
+
+os.fsync, os.rename = _hooked_fsync, _hooked_rename
 """
 
 _RUN_CLI = "import sys\nfrom hydranet_hub.cli.pretrain import main\nsys.exit(main(sys.argv[1:]))\n"
@@ -263,6 +271,21 @@ def test_killed_in_export_resumes(tiny_msd, tmp_path):
     expected = load_file(tmp_path / "straight" / "export" / "model.safetensors")
     for name, tensor in load_file(exported.weights_path).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+    # Exporting again swaps folders: the old export moves aside, then the new one moves in. A kill
+    # between the two renames leaves no export folder, only the two hidden ones.
+    swapped = _python(_RUN_CLI, *_export_args(tiny_msd, output_dir, "--resume"),
+                      HOOK_ACTION="kill", HOOK_CALL="rename", HOOK_MATCH=".export.tmp-")
+
+    assert swapped.returncode == -signal.SIGKILL, swapped.stderr
+    assert not (output_dir / "export").exists()
+    assert sorted(name.split("-")[0] for name in _leftovers(output_dir)) == [".export.old", ".export.tmp"]
+
+    again = _python(_RUN_CLI, *_export_args(tiny_msd, output_dir, "--resume"))
+
+    assert again.returncode == 0, again.stderr
+    assert _leftovers(output_dir) == []
+    assert validate_export(output_dir / "export").sha256 == exported.sha256
 
 
 def test_second_run_keeps_first_intact(tiny_msd, straight_run, tmp_path):
