@@ -223,8 +223,8 @@ def _hub_download(source: HubSource, filename: str, *, required: bool) -> Option
             "or use HF_HUB_OFFLINE=1 if the file is already cached."
         ) from error
     except _transport_errors() as error:
-        # huggingface_hub 1.x and 2.x let time-outs and broken connections of the download itself
-        # through as httpx errors, which are not OSError.
+        # huggingface_hub 2.4.0 lets time-outs and broken connections of the download itself through
+        # as httpx2 errors, which are not OSError. httpx is listed too, for clients built on it.
         raise WeightsDownloadError(
             f"Download of {filename} from {where} failed: {_failure_summary(error)}. The Hub did not answer "
             "in time or the connection broke. Retry, raise HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT "
