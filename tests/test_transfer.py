@@ -13,7 +13,7 @@ import torch
 from msd_fixtures import make_msd_task
 from safetensors.torch import save_file
 
-from hydranet_hub.cli.transfer import main
+from hydranet_hub.cli.transfer import main, resolve_config
 from hydranet_hub.finetune import FinetuneConfig
 from hydranet_hub.finetune.transfer import (
     Initialisation, TransferConfig, TransferRun, find_imagenet_weights, plan_budgets, run_transfer_benchmark,
@@ -184,3 +184,14 @@ def test_cli_requires_hydranet_weights(task_dir, tmp_path, capsys):
 
     assert status == 2
     assert "--hydranet-weights" in capsys.readouterr().err
+
+
+def test_cli_full_mode_settings(task_dir, hydranet_file, tmp_path):
+    config, _ = resolve_config([
+        "--task", str(task_dir), "--hydranet-weights", str(hydranet_file), "--budgets", "1", "all",
+        "--seeds", "0", "1", "2", "--steps", "7", "--output-dir", str(tmp_path / "bench"),
+    ])
+
+    assert config.seeds == (0, 1, 2)
+    assert config.budgets == (1, None)
+    assert config.base.steps == 7

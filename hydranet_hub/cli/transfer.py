@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--output-dir", dest="benchmark_output_dir", metavar="DIR",
                            help=f"Benchmark folder: runs/, report files, slice cache. Rerunning continues an "
                            f"interrupted benchmark. (default: {DEFAULT_OUTPUT_DIR}; with --demo: {DEMO_OUTPUT_DIR})")
-    benchmark.add_argument("--reduced", action="store_true",
+    benchmark.add_argument("--reduced", action="store_true", default=False,
                            help="Pipeline check: 4 steps of batch 2 on 32x32 slices, the smallest budget and the "
                            "first seed; its Dice scores mean nothing.")
     benchmark.add_argument("--save-models", action="store_true", default=False,
