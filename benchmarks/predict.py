@@ -70,8 +70,10 @@ def _write_inputs(folder: Path, settings: PredictSettings) -> tuple[Path, Path]:
     model_dir = folder / "model"
     model.save_pretrained(str(model_dir))
     size = settings.slice_size_px
-    InferencePreprocessing(task="Task99_Bench", modality_kind="MRI", modalities=(0,), context_slices=1,
-                           slice_size=(size, size), num_classes=2, label_names=("background", "foreground")).save(model_dir)
+    preprocessing = InferencePreprocessing(task="Task99_Bench", modality_kind="MRI", modalities=(0,), context_slices=1,
+                                           slice_size=(size, size), num_classes=2,
+                                           label_names=("background", "foreground"))
+    preprocessing.save(model_dir)
 
     # Positive intensities, so MRI normalisation over nonzero voxels covers the whole volume.
     rng = np.random.default_rng(0)

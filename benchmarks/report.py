@@ -17,7 +17,7 @@ DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 def _format_value(value: float, unit: str) -> str:
     if unit == "x":
-        return f"{value:.2f}x"
+        return f"{value:.0f}x" if value >= 100 else f"{value:.2f}x"
     if unit == "workers":
         return f"{value:.0f}"
     if abs(value) >= 100:
@@ -35,6 +35,16 @@ def _load_text(load: list[float] | None) -> str:
     return "unknown" if not load else " / ".join(f"{value:.2f}" for value in load)
 
 
+def _commands_text(results: dict[str, Any]) -> str:
+    """Name the command of every benchmark; a run merged from `--only` runs has several."""
+    commands: dict[str, list[str]] = {}
+    for name, result in results["benchmarks"].items():
+        commands.setdefault(result.get("command", results["machine"]["command"]), []).append(name)
+    if len(commands) == 1:
+        return f"`{next(iter(commands))}`"
+    return "; ".join(f"`{command}` ({', '.join(names)})" for command, names in commands.items())
+
+
 def render_machine(results: dict[str, Any]) -> list[str]:
     """Return markdown lines of the run and machine table."""
     machine = results["machine"]
@@ -43,8 +53,8 @@ def render_machine(results: dict[str, Any]) -> list[str]:
     return [
         "| run | |",
         "| --- | --- |",
-        f"| date | {machine['date_utc']} |",
-        f"| command | `{machine['command']}` ({results['mode']} mode) |",
+        f"| date of the last run | {machine['date_utc']} |",
+        f"| command | {_commands_text(results)} ({results['mode']} mode) |",
         f"| commit | {machine.get('git_commit') or 'unknown'} |",
         f"| CPU | {machine['cpu_model']} ({flags}) |",
         f"| cores | {machine['logical_cores']} logical, {machine['usable_cores']} usable by this process |",
@@ -120,7 +130,8 @@ def update_docs(results: dict[str, Any], docs_path: Path = DEFAULT_DOCS) -> None
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate the tables of docs/benchmarks.md from a results file.")
     parser.add_argument("results", type=Path, help="JSON written by `python -m benchmarks.run`.")
-    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help=f"Markdown file to update (default: {DEFAULT_DOCS}).")
+    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS,
+                        help=f"Markdown file to update (default: {DEFAULT_DOCS}).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     update_docs(json.loads(args.results.read_text(encoding="utf-8")), args.docs)

@@ -134,7 +134,8 @@ def run(settings: StartupSettings) -> dict[str, Any]:
         Figure("startup.smp_import", "import segmentation_models_pytorch with the hook (registers HydraNet), CPU time",
                f"the same import with {DISABLE_VARIABLE}=1", smp_imports["cpu_difference"], "ms", None,
                f"medians {smp_imports['cpu_with_hook']:.0f} vs {smp_imports['cpu_without_hook']:.0f} ms CPU, "
-               f"wall-clock difference {smp_imports['wall_difference']:.0f} ms, over {settings.library_runs} starts each"),
+               f"wall-clock difference {smp_imports['wall_difference']:.0f} ms, "
+               f"over {settings.library_runs} starts each"),
     ]
     return {
         "settings": settings.__dict__,

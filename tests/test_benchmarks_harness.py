@@ -151,3 +151,16 @@ def test_report_cli_writes_docs(tmp_path: Path):
                    cwd=Path(__file__).resolve().parent.parent)
 
     assert "| 0.91x | >= 0.9 | met |" in docs.read_text(encoding="utf-8")
+
+
+def test_docs_name_each_command(tmp_path: Path):
+    results = _results(0.9)
+    results["benchmarks"]["train_step"]["command"] = "python -m benchmarks.run --only train_step"
+    results["benchmarks"]["loader"]["command"] = "python -m benchmarks.run --only loader"
+    docs = tmp_path / "benchmarks.md"
+
+    update_docs(results, docs)
+    text = docs.read_text(encoding="utf-8")
+
+    assert ("| command | `python -m benchmarks.run --only train_step` (train_step); "
+            "`python -m benchmarks.run --only loader` (loader) (quick mode) |") in text
