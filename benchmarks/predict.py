@@ -104,6 +104,7 @@ def _alternative_predict(model: Any, volume_path: Path, settings: PredictSetting
                         NormalizeIntensity(nonzero=True)])
         image = torch.as_tensor(load(str(volume_path))).clamp(-_CLIP, _CLIP)
     else:
+        # NOTE: this path without MONAI has not been run for the recorded results, which used MONAI 1.6.1.
         import nibabel as nib
         import numpy as np
 
