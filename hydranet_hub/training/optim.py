@@ -42,7 +42,14 @@ def build_optimizer(
             continue
         groups.append({"params": decay, "weight_decay": weight_decay, "lr": lr * factor})
         groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * factor})
-    return torch.optim.AdamW(groups, lr=lr)
+    # The fused kernel updates all tensors at once: on a 2-core CPU it took the
+    # optimiser step of a 43M-parameter HydraNet from 294 to 69 ms
+    # (benchmarks/step_phases.py). It needs floating tensors on CPU or CUDA.
+    params = [param for group in groups for param in group["params"]]
+    fused = bool(params) and all(
+        param.is_floating_point() and param.device.type in ("cpu", "cuda") for param in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> float:
