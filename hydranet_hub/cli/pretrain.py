@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydranet_hub.errors import HydraNetHubError
 from hydranet_hub.training.config import AMP_CHOICES, DEMO_SETTINGS, LABEL_MODES, PretrainConfig, load_config_file
 
 PROG = "hydranet-pretrain"
@@ -253,9 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = pretrain(config)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
+        print(f"{PROG}: interrupted; continue from the last checkpoint with: "
+              f"{PROG} --output-dir {config.output_dir} --resume", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError, ImportError) as error:
+    except (ValueError, RuntimeError, OSError, ImportError, HydraNetHubError) as error:
         # Library errors carry the value and the fix; a traceback adds nothing for a user.
         logging.getLogger(PROG).debug("Run failed", exc_info=True)
         print(f"{PROG}: error: {error}", file=sys.stderr)
