@@ -34,6 +34,8 @@ SMP_ENCODER_NAME = "hydranet"
 _PLACEHOLDER_PREFIX = "hydranet-hub-spec/"
 _SPECS: list[str] = []
 _SPECS_LOCK = threading.Lock()
+# Weights resolved while smp read config.json, by placeholder repo id.
+_RESOLVED: dict = {}
 _imagenet_logged = False
 
 # Description of the weights most recently served to smp in this thread, so a
@@ -115,6 +117,10 @@ def _make_download_wrapper(original):
             if path is not None:
                 return path
             resolved = resolve_weights(spec)
+            # smp asks for model.safetensors next under the same placeholder id, so
+            # keep this resolution instead of downloading and hashing the file twice.
+            with _SPECS_LOCK:
+                _RESOLVED[repo_id] = resolved
             config_path = resolved.weights_path.with_name(CONFIG_NAME)
             if resolved.config is not None and config_path.is_file():
                 return str(config_path)
@@ -122,7 +128,10 @@ def _make_download_wrapper(original):
 
         if filename == WEIGHTS_NAME:
             _log_imagenet_alias(spec)
-            resolved = resolve_weights(spec)
+            with _SPECS_LOCK:
+                resolved = _RESOLVED.pop(repo_id, None)
+            if resolved is None:
+                resolved = resolve_weights(spec)
             _served.description = resolved.description
             return str(resolved.weights_path)
         raise FileNotFoundError(f"hydranet-hub serves only {WEIGHTS_NAME} and {CONFIG_NAME}, not {filename!r}")

@@ -1,4 +1,4 @@
-"""Exceptions raised by hydranet-hub. Each message says what to do next."""
+"""Exceptions raised by hydranet-hub. Each message states what to do next."""
 
 
 class HydraNetHubError(Exception):

@@ -2,7 +2,7 @@
 
 A release is one `model.safetensors` file (with its `config.json`) in a Hugging
 Face Hub repository, pinned by commit and sha256. The records here are the
-only place that says which weights exist; everything that loads weights reads
+only place that lists which weights exist; everything that loads weights reads
 them through :func:`get_release`.
 """
 
@@ -200,7 +200,7 @@ def get_release(tag: str) -> Release:
 
 @dataclass(frozen=True)
 class HubSource:
-    """Where a release's files are downloaded from, after environment overrides.
+    """Download location of a release's files, after environment overrides.
 
     Attributes:
         repo_id: Hub repository.

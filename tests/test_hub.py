@@ -229,3 +229,14 @@ def test_smp_tu_encoder(published):
 
     assert torch.equal(model.encoder.model.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
     assert model(torch.zeros(1, 4, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_hub_id_downloaded_once_per_model(hf_env, hub_server, isolated_releases):
+    data, state = _encoder_bytes(seed=6)
+    commit = hub_server.add_file(REPO, "model.safetensors", data)
+
+    model = smp.Unet(encoder_name="hydranet", encoder_weights=f"hf-hub:{REPO}@{commit}")
+
+    assert torch.equal(model.encoder.conv1.weight, state["conv1.weight"])
+    assert hub_server.request_count("GET", "model.safetensors") == 1
+    assert hub_server.request_count("HEAD", "model.safetensors") == 1
